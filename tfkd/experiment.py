@@ -1,0 +1,305 @@
+"""One distillation run and resumable sweeps of them: the article's experiment, end to end.
+
+Layout of an output directory:
+  teacher.keras, teacher.json        the shared teacher and the settings + errors it was trained with
+  teacher_work/                      its resumable training state (removed once the teacher is saved)
+  sweep.csv                          one row per finished (sigma, seed), appended as each run finishes
+  failures.csv                       runs that stopped on an error (e.g. a non-finite loss): never results
+  <run name>/config.json, metrics.jsonl, result.json, student.keras
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from tfkd import artifacts, training
+from tfkd.data import TRAIN_SIZE, Mnist, load_mnist, make_dataset
+from tfkd.distiller import Distiller, compute_teacher_logits
+from tfkd.models import mlp_student
+from tfkd.noise import validate_noise
+
+SWEEP_COLUMNS = ["sigma", "alpha", "seed", "test_errors", "test_accuracy", "val_errors", "epochs",
+                 "wall_seconds", "teacher_test_errors", "run_dir"]
+FAILURE_COLUMNS = ["sigma", "alpha", "seed", "error"]
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Every setting of a run, with the defaults used for the committed results (see RESULTS.md)."""
+
+    sigma: float = 0.0
+    alpha: float = 0.15
+    seed: int = 0
+    epochs: int = 15  # student epochs
+    batch_size: int = 64
+    learning_rate: float = 0.01  # student: peak of the cosine schedule
+    momentum: float = 0.9
+    clipnorm: float | None = 10.0  # the L2 loss on raw logits is large early on; clipping keeps SGD stable
+    train_size: int = TRAIN_SIZE
+    cached_logits: bool = True  # exact here: the teacher is frozen and the inputs are not augmented
+    steps_per_execution: int = 32
+    teacher_epochs: int = 15
+    teacher_learning_rate: float = 0.05
+    teacher_momentum: float = 0.9
+    teacher_dropout: float = 0.5
+    teacher_seed: int = 0
+    output_dir: str = "saved_models"
+
+    def validate(self) -> None:
+        """Raises ValueError naming the first bad setting and what is allowed."""
+        validate_noise(self.sigma, self.alpha)
+        positive = {"batch_size": self.batch_size, "steps_per_execution": self.steps_per_execution}
+        for name, value in positive.items():
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("epochs", "teacher_epochs"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if not isinstance(self.train_size, int) or not 0 < self.train_size <= TRAIN_SIZE:
+            raise ValueError(f"train_size must be between 1 and {TRAIN_SIZE}, got {self.train_size!r}")
+        for name in ("learning_rate", "teacher_learning_rate"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+    def teacher_settings(self) -> dict:
+        """What the shared teacher depends on: a cached teacher is reused only when all of these match."""
+        return {"epochs": self.teacher_epochs, "learning_rate": self.teacher_learning_rate,
+                "momentum": self.teacher_momentum, "dropout": self.teacher_dropout, "seed": self.teacher_seed,
+                "batch_size": self.batch_size, "train_size": self.train_size}
+
+    def run_name(self) -> str:
+        return f"sigma{self.sigma:g}_alpha{self.alpha:g}_seed{self.seed}"
+
+    def student_settings(self) -> dict:
+        """Everything that determines a student run; a run directory holding other settings is not reused."""
+        settings = dataclasses.asdict(self)
+        settings.pop("output_dir")
+        return settings
+
+
+class ConfigError(ValueError):
+    """A setting is not allowed, or clashes with what an output directory already holds."""
+
+
+def make_deterministic(seed: int) -> None:
+    """Same flags and seed -> same weights on CPU: seeds Python, NumPy and TF, and asks TF for determinism."""
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def check_output_dir(output_dir: str) -> Path:
+    """Creates `output_dir` if needed; raises ValueError if it is a file or cannot be written to."""
+    path = Path(output_dir)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--output_dir must be a directory, got {output_dir!r}, which is a file")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write_probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise ValueError(f"--output_dir must be a writable directory, got {output_dir!r} ({error.strerror})")
+    return path
+
+
+def load_or_train_teacher(config: RunConfig, mnist: Mnist, verbose: int = 1) -> tuple[keras.Model, dict]:
+    """The shared teacher: loaded from `teacher.keras` when it was trained with the same settings, otherwise
+    trained (resumably) and saved. A truncated or corrupt file is reported in one line and retrained."""
+    output_dir = Path(config.output_dir)
+    model_path, info_path = output_dir / "teacher.keras", output_dir / "teacher.json"
+    settings = config.teacher_settings()
+    info = artifacts.read_json(info_path)
+    if info is not None and info.get("settings") == settings and model_path.exists():
+        try:
+            teacher = keras.saving.load_model(model_path)
+            logging.info("reusing the teacher in %s", model_path)
+            return teacher, info
+        except Exception as error:  # noqa: BLE001 - any unreadable file means "train it again"
+            logging.warning("teacher file %s is unreadable (%s: %s); training it again", model_path,
+                            type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+    elif model_path.exists():
+        logging.info("the teacher in %s was trained with other settings; training a new one", model_path)
+    train = mnist.train.take(config.train_size)
+    start = time.perf_counter()
+    work_dir = output_dir / "teacher_work"
+    teacher, best = training.train_teacher(
+        train, mnist.validation, str(work_dir), epochs=config.teacher_epochs,
+        learning_rate=config.teacher_learning_rate, momentum=config.teacher_momentum,
+        batch_size=config.batch_size, dropout=config.teacher_dropout, seed=config.teacher_seed, verbose=verbose)
+    info = {
+        "settings": settings,
+        "best_epoch": best.get("epoch"),
+        "val_errors": training.count_errors(teacher, mnist.validation),
+        "test_errors": training.count_errors(teacher, mnist.test),
+        "parameters": teacher.count_params(),
+        "train_seconds_this_process": round(time.perf_counter() - start, 1),
+    }
+    with artifacts.atomic_path(model_path) as temporary:
+        keras_path = temporary + ".keras"
+        teacher.save(keras_path)
+        os.replace(keras_path, temporary)
+    artifacts.write_json(info_path, info)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return teacher, info
+
+
+def _check_run_dir(run_dir: Path, settings: dict) -> None:
+    existing = artifacts.read_json(run_dir / "config.json")
+    if existing is None:
+        return
+    changed = {k: (existing.get(k), v) for k, v in settings.items() if existing.get(k) != v}
+    if changed:
+        name, (old, new) = next(iter(changed.items()))
+        raise ConfigError(
+            f"{run_dir} holds a run made with {name}={old!r}, not {new!r}: use another --output_dir"
+        )
+
+
+def distill(config: RunConfig, mnist: Mnist, teacher: keras.Model, verbose: int = 1) -> dict:
+    """Distils one student (resuming from its last finished epoch) and returns its `result.json` content."""
+    run_dir = Path(config.output_dir) / config.run_name()
+    settings = config.student_settings()
+    _check_run_dir(run_dir, settings)
+    finished = artifacts.read_json(run_dir / "result.json")
+    if finished is not None and (run_dir / "student.keras").exists():
+        return finished
+    artifacts.write_json(run_dir / "config.json", settings)
+    make_deterministic(config.seed)
+    train = mnist.train.take(config.train_size)
+    teacher_logits = compute_teacher_logits(teacher, make_dataset(train, 1000)) if config.cached_logits else None
+    train_data = make_dataset(train, config.batch_size, shuffle_seed=config.seed, teacher_logits=teacher_logits)
+    distiller = Distiller(mlp_student(), teacher, sigma=config.sigma, alpha=config.alpha, seed=config.seed)
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    distiller.compile(
+        optimizer=training.sgd(config.learning_rate, config.momentum, config.epochs * steps_per_epoch,
+                               config.clipnorm),
+        metrics=["accuracy"],
+        # Several steps per call to the compiled function cut Python overhead for these small models.
+        steps_per_execution=min(config.steps_per_execution, steps_per_epoch))
+    validation_data = make_dataset(mnist.validation, 1000)
+    start = time.perf_counter()
+    distiller.fit(
+        train_data, epochs=config.epochs, validation_data=validation_data, verbose=verbose,
+        callbacks=[keras.callbacks.BackupAndRestore(str(run_dir / "backup")), training.StopOnNonFiniteLoss(),
+                   training.EpochLog(str(run_dir / "metrics.jsonl"))],
+    )
+    wall_seconds = time.perf_counter() - start
+    student = distiller.student
+    test_errors = training.count_errors(student, mnist.test)
+    epoch_rows = artifacts.read_jsonl(run_dir / "metrics.jsonl")
+    result = {
+        "sigma": config.sigma, "alpha": config.alpha, "seed": config.seed, "epochs": config.epochs,
+        "test_errors": test_errors, "test_accuracy": 1.0 - test_errors / len(mnist.test),
+        "val_errors": training.count_errors(student, mnist.validation),
+        # Summed over epoch rows so that a resumed run counts the time of the epochs it kept.
+        "wall_seconds": round(sum(r["epoch_seconds"] for r in epoch_rows) if epoch_rows else wall_seconds, 2),
+        "train_size": len(train), "student_parameters": student.count_params(),
+    }
+    with artifacts.atomic_path(run_dir / "student.keras") as temporary:
+        student.save(temporary + ".keras")
+        os.replace(temporary + ".keras", temporary)
+    artifacts.write_json(run_dir / "result.json", result)
+    return result
+
+
+def parse_float_list(text: str, flag: str) -> list[float]:
+    try:
+        values = [float(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise ValueError(f"--{flag} must be a comma-separated list of numbers like 0,0.4,0.8, got {text!r}")
+    return values
+
+
+def parse_int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise ValueError(f"--{flag} must be a comma-separated list of integers like 0,1,2, got {text!r}")
+    return values
+
+
+def _record_row(path: Path, columns: list[str], row: dict, key_columns=("sigma", "alpha", "seed")) -> None:
+    # Rewrite-and-rename rather than append: a kill leaves either the old file or the new one, never half a
+    # line, and a pair is never listed twice.
+    rows = artifacts.read_csv(path)
+    key = tuple(float(row[c]) for c in key_columns)
+    rows = [r for r in rows if tuple(float(r[c]) for c in key_columns) != key] + [row]
+    artifacts.write_csv(path, rows, columns)
+
+
+def finished_pairs(output_dir: str) -> set[tuple[float, float, int]]:
+    rows = artifacts.read_csv(Path(output_dir) / "sweep.csv")
+    return {(float(r["sigma"]), float(r["alpha"]), int(r["seed"])) for r in rows}
+
+
+def run_sweep(base: RunConfig, sigmas: list[float], seeds: list[int], verbose: int = 1,
+              mnist: Mnist | None = None) -> list[dict]:
+    """Runs every (sigma, seed) not yet in `sweep.csv`, seed-major so that each seed's full curve lands early.
+
+    Returns the results of this call (finished and failed). A failed run is written to `failures.csv` and
+    the sweep goes on.
+    """
+    for sigma in sigmas:
+        dataclasses.replace(base, sigma=sigma).validate()
+    output_dir = check_output_dir(base.output_dir)
+    artifacts.write_json(output_dir / "sweep_config.json",
+                         {"base": dataclasses.asdict(base), "sigmas": sigmas, "seeds": seeds})
+    done = finished_pairs(base.output_dir)
+    todo = [(sigma, seed) for seed in seeds for sigma in sigmas if (sigma, base.alpha, seed) not in done]
+    outcomes = []
+    if not todo:
+        logging.info("all %d runs are already in %s", len(sigmas) * len(seeds), output_dir / "sweep.csv")
+        return outcomes
+    mnist = mnist or load_mnist()
+    make_deterministic(base.teacher_seed)
+    teacher, teacher_info = load_or_train_teacher(base, mnist, verbose=verbose)
+    for sigma, seed in todo:
+        config = dataclasses.replace(base, sigma=sigma, seed=seed)
+        logging.info("run %s", config.run_name())
+        try:
+            result = distill(config, mnist, teacher, verbose=verbose)
+        except training.NonFiniteLossError as error:
+            logging.error("run %s failed: %s", config.run_name(), error)
+            failure = {"sigma": sigma, "alpha": base.alpha, "seed": seed, "error": str(error)}
+            _record_row(output_dir / "failures.csv", FAILURE_COLUMNS, failure)
+            outcomes.append({**failure, "failed": True})
+            continue
+        row = dict(result, teacher_test_errors=teacher_info["test_errors"],
+                   run_dir=str(Path(config.output_dir) / config.run_name()))
+        _record_row(output_dir / "sweep.csv", SWEEP_COLUMNS, row)
+        outcomes.append(row)
+    return outcomes
+
+
+def summary(outcomes: list[dict], output_dir: str) -> str:
+    """A short console summary: teacher and student test errors, and where the files went."""
+    teacher = artifacts.read_json(Path(output_dir) / "teacher.json") or {}
+    lines = [f"teacher: {teacher.get('test_errors')} test errors ({output_dir}/teacher.keras)"]
+    for row in outcomes:
+        if row.get("failed"):
+            lines.append(f"sigma {row['sigma']:g} seed {row['seed']}: FAILED - {row['error']}")
+        else:
+            lines.append(f"student sigma {row['sigma']:g} seed {row['seed']}: {row['test_errors']} test errors, "
+                         f"{row['val_errors']} validation errors, {row['wall_seconds']:.0f} s -> {row['run_dir']}")
+    lines.append(f"all finished runs: {output_dir}/sweep.csv")
+    return "\n".join(lines)
+
+
+def to_json(value) -> str:
+    return json.dumps(value, indent=2, sort_keys=True)
