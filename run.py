@@ -4,13 +4,33 @@
   python run.py --sigmas 0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0 --seeds 0,1,2   # the article's table
 """
 
+import os
 import sys
 
 from absl import app, flags, logging
 
-from tfkd import experiment
-from tfkd.data import DataUnavailableError
-from tfkd.noise import validate_noise
+
+def _import_tensorflow_quietly() -> None:
+    """Imports TensorFlow with native stderr muted: its C++ start-up notes (CUDA probes, oneDNN) would bury
+    our one-line errors. A Python error still surfaces: it is raised after stderr is restored."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import tensorflow
+
+            tensorflow.config.list_physical_devices()  # the CUDA probe reports its absence here, muted
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+if os.environ.get("TFKD_VERBOSE_IMPORT") != "1":
+    _import_tensorflow_quietly()
+
+from tfkd import experiment  # noqa: E402
+from tfkd.data import DataUnavailableError  # noqa: E402
+from tfkd.noise import validate_noise  # noqa: E402
 
 _DEFAULTS = experiment.RunConfig()
 FLAGS = flags.FLAGS

@@ -76,3 +76,13 @@ def write_csv(path: str | os.PathLike, rows: list[dict], columns: list[str]) -> 
     writer.writeheader()
     writer.writerows(rows)
     write_text(path, buffer.getvalue())
+
+
+def remove_stale_temporaries(root: str | os.PathLike) -> list[str]:
+    """Deletes temporary files a killed process left under `root` (never a finished file); returns them."""
+    removed = []
+    for path in Path(root).rglob(".*.tmp*"):
+        if path.is_file():
+            path.unlink()
+            removed.append(str(path))
+    return removed

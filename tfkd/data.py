@@ -4,7 +4,8 @@ Splits (through `tfds.load("mnist")`): training = the first 50,000 images of the
 validation = its last 10,000, test = the official 10,000 test images. Images stay uint8 `[n, 28, 28, 1]` in
 memory; the `tf.data` pipelines scale pixels to float32 in `[0, 1]` (`x / 255`), the only preprocessing.
 
-Offline use: TFDS reads a prepared copy from `TFDS_DATA_DIR` (or `data_dir`) and never downloads it again.
+Offline use: TFDS reads a prepared copy from `TFDS_DATA_DIR` (or `data_dir`) and never downloads it again;
+`TFKD_OFFLINE=1` forbids any download.
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ def load_mnist(data_dir: str | None = None) -> Mnist:
     data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
     builder = tfds.builder("mnist", data_dir=data_dir)
     if not builder.is_prepared():
-        if not _can_reach_download_host():
+        # TFKD_OFFLINE=1 forbids downloads outright (tests use it); otherwise a quick probe avoids a long hang.
+        if os.environ.get("TFKD_OFFLINE") == "1" or not _can_reach_download_host():
             raise DataUnavailableError(
                 f"MNIST is not prepared in {builder.data_dir!r} and cannot be downloaded (no network): "
                 "set TFDS_DATA_DIR to a tensorflow-datasets directory that holds mnist/3.0.1"

@@ -258,6 +258,8 @@ def run_sweep(base: RunConfig, sigmas: list[float], seeds: list[int], verbose: i
     for sigma in sigmas:
         dataclasses.replace(base, sigma=sigma).validate()
     output_dir = check_output_dir(base.output_dir)
+    for path in artifacts.remove_stale_temporaries(output_dir):
+        logging.info("removed %s, left by an interrupted write", path)
     artifacts.write_json(output_dir / "sweep_config.json",
                          {"base": dataclasses.asdict(base), "sigmas": sigmas, "seeds": seeds})
     done = finished_pairs(base.output_dir)
