@@ -56,6 +56,48 @@ def _check_same_shape(teacher_shape, student_shape) -> None:
         )
 
 
+def _global_rows(local_logits: tf.Tensor) -> tf.Tensor:
+    """The number of rows in this step's batch over all replicas (float32 scalar): the `T` of equation 1.
+
+    Summed across replicas rather than taken as `local rows * replicas`: the last batch of an epoch splits
+    unevenly (25 rows -> 13 + 12), and a replica may get no row at all, which would make `0 / 0` a NaN loss.
+    """
+    rows = tf.cast(tf.shape(local_logits)[0], tf.float32)
+    if tf.distribute.get_strategy().num_replicas_in_sync == 1:
+        return rows
+    return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, rows)
+
+
+def _clips(optimizer) -> bool:
+    # A LossScaleOptimizer holds no clipping of its own (its inner optimizer does): it keeps Keras's behaviour.
+    return bool(optimizer.clipnorm or optimizer.global_clipnorm or optimizer.clipvalue)
+
+
+def _sum_then_clip(optimizer, gradients: list, replicas: int) -> list:
+    """Gradients to hand to `optimizer.apply` in a replica context so that the step clips the *global* gradient.
+
+    Keras 3 (TF backend) clips each replica's gradient and only then sums them across replicas
+    (`BaseOptimizer._backend_apply_gradients` -> `TFOptimizer._all_reduce_sum_gradients`), so a clipped step
+    would change with the number of replicas. Here the sum comes first, then the optimizer's own clipping rule,
+    and each replica passes on `1/replicas` of the result: its norm (or largest value) is below the threshold, so
+    the optimizer's clipping leaves it unchanged, and the optimizer's sum rebuilds the clipped global gradient.
+    Costs one more all-reduce of the gradients, only when clipping is on.
+    """
+    present = [i for i, g in enumerate(gradients) if g is not None]
+    summed = tf.distribute.get_replica_context().all_reduce(
+        tf.distribute.ReduceOp.SUM, [gradients[i] for i in present])
+    if optimizer.clipnorm:
+        clipped = [tf.clip_by_norm(g, optimizer.clipnorm) for g in summed]
+    elif optimizer.global_clipnorm:
+        clipped, _ = tf.clip_by_global_norm(summed, optimizer.global_clipnorm)
+    else:
+        clipped = [tf.clip_by_value(g, -optimizer.clipvalue, optimizer.clipvalue) for g in summed]
+    gradients = list(gradients)
+    for i, g in zip(present, clipped):
+        gradients[i] = tf.math.scalar_mul(1.0 / replicas, g)  # also right for IndexedSlices
+    return gradients
+
+
 @keras.saving.register_keras_serializable(package="tfkd")
 class Distiller(keras.Model):
     """Noisy-teacher logit-regression distillation (Sau & Balasubramanian 2016) as a `keras.Model`.
@@ -131,6 +173,10 @@ class Distiller(keras.Model):
         counter = step * replicas + tf.cast(replica, tf.int64)
         return tf.stack([tf.constant(self._noise_seed, tf.int64), counter])
 
+    def _noisy_targets(self, teacher_logits: tf.Tensor) -> tf.Tensor:
+        """Equation 2 on this replica's `[n, k]` teacher logits, with this step's and this replica's draws."""
+        return stateless_perturb_logits(teacher_logits, self.sigma, self.alpha, self._noise_seed_pair())
+
     def _teacher_logits(self, inputs, cached):
         if cached is None:
             # Frozen teacher in inference mode (no dropout, fixed batch-norm statistics).
@@ -142,20 +188,22 @@ class Distiller(keras.Model):
         inputs, cached = split_inputs(x)
         teacher_logits = self._teacher_logits(inputs, cached)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        global_batch = tf.shape(teacher_logits)[0] * replicas
+        global_batch = _global_rows(teacher_logits)
         # A fresh alpha-fraction of the rows gets (1 + eps) * z: the "several teachers" the method simulates.
-        targets = stateless_perturb_logits(teacher_logits, self.sigma, self.alpha, self._noise_seed_pair())
+        targets = self._noisy_targets(teacher_logits)
         with tf.GradientTape() as tape:
             student_logits = self.student(inputs, training=True)
             _check_same_shape(targets.shape, student_logits.shape)
-            # T in equation 1 is the global batch: replicas' gradients are summed, so the step is the same
-            # whatever the number of replicas.
+            # T in equation 1 is the global batch: `optimizer.apply` sums the replicas' gradients (Keras 3, TF
+            # backend: an all-reduce SUM), so the step is the same whatever the number of replicas.
             loss = logit_regression_loss(targets, student_logits, batch_size=global_batch)
             if self.student.losses:
                 loss += tf.add_n(self.student.losses) / replicas
             scaled_loss = self.optimizer.scale_loss(loss)
         variables = self.student.trainable_variables
         gradients = tape.gradient(scaled_loss, variables)
+        if replicas > 1 and _clips(self.optimizer):
+            gradients = _sum_then_clip(self.optimizer, gradients, replicas)
         self.optimizer.apply(gradients, variables)
         self.loss_tracker.update_state(loss * replicas)
         return self._metric_results(x, y, student_logits, sample_weight)
@@ -166,7 +214,10 @@ class Distiller(keras.Model):
         teacher_logits = self._teacher_logits(inputs, cached)
         student_logits = self.student(inputs, training=False)
         _check_same_shape(teacher_logits.shape, student_logits.shape)
-        self.loss_tracker.update_state(logit_regression_loss(teacher_logits, student_logits))
+        # As in `train_step`: each replica's share of equation 1 over the global batch, so that the tracker's
+        # mean over replicas, times their number, is equation 1 over the global batch.
+        loss = logit_regression_loss(teacher_logits, student_logits, batch_size=_global_rows(teacher_logits))
+        self.loss_tracker.update_state(loss * tf.distribute.get_strategy().num_replicas_in_sync)
         return self._metric_results(x, y, student_logits, sample_weight)
 
     def _metric_results(self, x, y, student_logits, sample_weight):

@@ -40,9 +40,9 @@ class RunConfig:
     sigma: float = 0.0
     alpha: float = 0.15
     seed: int = 0
-    epochs: int = 15  # student epochs
+    epochs: int = 20  # student epochs
     batch_size: int = 64
-    learning_rate: float = 0.01  # student: peak of the cosine schedule
+    learning_rate: float = 0.005  # student: peak of the cosine schedule
     momentum: float = 0.9
     clipnorm: float | None = 10.0  # the L2 loss on raw logits is large early on; clipping keeps SGD stable
     train_size: int = TRAIN_SIZE

@@ -35,8 +35,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
-from ai_edge_litert import schema_py_generated as tflite_schema
-from ai_edge_litert.interpreter import Interpreter
 
 from tfkd import artifacts
 from tfkd.distiller import split_inputs  # importing tfkd.distiller also registers Distiller for load_model
@@ -46,8 +44,6 @@ INPUT_NAME = "pixels"
 BATCH_SIZE = 1  # a phone classifies one image per call; a fixed shape keeps the graph free of shape ops
 PIXEL_SCALE = 1.0 / 255.0  # the models were trained on pixels / 255 (tfkd.data.scale_images)
 CALIBRATION_SIZE = 500  # MNIST training images for int8 calibration: a few hundred cover the pixel range
-
-_OPERATOR_NAMES = {code: name for name, code in vars(tflite_schema.BuiltinOperator).items() if name.isupper()}
 
 
 def _allowed(values: Iterable[str]) -> str:
@@ -231,6 +227,11 @@ def export_tflite(model: keras.Model, path: str | os.PathLike, quantization: str
 def operator_names(path: str | os.PathLike) -> list[str]:
     """The operator codes a `.tflite` file declares, read from its flatbuffer: builtin names such as
     `FULLY_CONNECTED`, and `CUSTOM:<code>` for custom ops (Flex ops appear as `CUSTOM:Flex...`)."""
+    # Imported here, as in load_interpreter: ai-edge-litert is the optional extra tfkd[export], and
+    # converting needs TensorFlow only.
+    from ai_edge_litert import schema_py_generated as tflite_schema
+
+    builtin_names = {code: name for name, code in vars(tflite_schema.BuiltinOperator).items() if name.isupper()}
     model = tflite_schema.Model.GetRootAs(Path(path).read_bytes(), 0)
     names = []
     for index in range(model.OperatorCodesLength()):
@@ -240,12 +241,14 @@ def operator_names(path: str | os.PathLike) -> list[str]:
         if builtin == tflite_schema.BuiltinOperator.CUSTOM:
             names.append(f"CUSTOM:{(code.CustomCode() or b'').decode()}")
         else:
-            names.append(_OPERATOR_NAMES.get(builtin, f"UNKNOWN:{builtin}"))
+            names.append(builtin_names.get(builtin, f"UNKNOWN:{builtin}"))
     return names
 
 
-def load_interpreter(path: str | os.PathLike, num_threads: int = 1) -> Interpreter:
-    """A LiteRT interpreter (ai-edge-litert, the runtime phones ship) with its tensors allocated."""
+def load_interpreter(path: str | os.PathLike, num_threads: int = 1):
+    """A LiteRT `Interpreter` (ai-edge-litert, the runtime phones ship) with its tensors allocated."""
+    from ai_edge_litert.interpreter import Interpreter
+
     interpreter = Interpreter(model_path=os.fspath(path), num_threads=num_threads)
     interpreter.allocate_tensors()
     return interpreter
