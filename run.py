@@ -28,7 +28,7 @@ def _import_tensorflow_quietly() -> None:
 if os.environ.get("TFKD_VERBOSE_IMPORT") != "1":
     _import_tensorflow_quietly()
 
-from tfkd import experiment  # noqa: E402
+from tfkd import experiment, export  # noqa: E402
 from tfkd.data import DataUnavailableError  # noqa: E402
 from tfkd.noise import validate_noise  # noqa: E402
 
@@ -48,9 +48,11 @@ flags.DEFINE_boolean("cached_logits", _DEFAULTS.cached_logits,
                      "Compute the teacher's logits once and stream them (exact; --nocached_logits runs the "
                      "teacher every step).")
 flags.DEFINE_string("output_dir", _DEFAULTS.output_dir, "Where the teacher, runs and sweep.csv go.")
+flags.DEFINE_string("tflite", None, "Comma-separated LiteRT quantizations among none,float16,dynamic,int8: writes "
+                    "student_<quantization>.tflite beside each run's student.keras (see tfkd/export.py).")
 
 
-def _config() -> tuple[experiment.RunConfig, list[float], list[int]]:
+def _config() -> tuple[experiment.RunConfig, list[float], list[int], list[str]]:
     try:
         sigmas = experiment.parse_float_list(FLAGS.sigmas, "sigmas") if FLAGS.sigmas is not None else [FLAGS.sigma]
         seeds = experiment.parse_int_list(FLAGS.seeds, "seeds") if FLAGS.seeds is not None else [FLAGS.seed]
@@ -62,17 +64,21 @@ def _config() -> tuple[experiment.RunConfig, list[float], list[int]]:
         for sigma in sigmas:
             validate_noise(sigma, config.alpha)
         experiment.check_output_dir(config.output_dir)
+        try:
+            quantizations = export.parse_quantizations(FLAGS.tflite) if FLAGS.tflite is not None else []
+        except ValueError as error:
+            raise ValueError(f"--tflite: {error}") from None
     except ValueError as error:
         raise experiment.ConfigError(str(error)) from None
-    return config, sigmas, seeds
+    return config, sigmas, seeds, quantizations
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
-        config, sigmas, seeds = _config()
-        outcomes = experiment.run_sweep(config, sigmas, seeds)
+        config, sigmas, seeds, quantizations = _config()
+        outcomes = experiment.run_sweep(config, sigmas, seeds, tflite=quantizations)
     except (experiment.ConfigError, DataUnavailableError) as error:
         # Bad input: one line that names the value, no traceback; finished runs stay on disk.
         print(f"run.py: error: {error}", file=sys.stderr)

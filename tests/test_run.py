@@ -38,7 +38,7 @@ def leftovers(output_dir):
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("smoke")
-    result = run("--sigma", "0.8", *QUICK, "--output_dir", str(output_dir))
+    result = run("--sigma", "0.8", *QUICK, "--tflite", "none,int8", "--output_dir", str(output_dir))
     assert result.returncode == 0, result.stderr[-3000:]
     return output_dir, result
 
@@ -58,6 +58,9 @@ def test_smoke_run_writes_every_file(smoke):
     assert outcome["wall_seconds"] > 0 and (run_dir / "student.keras").stat().st_size > 1_000_000
     assert json.loads((output_dir / "teacher.json").read_text())["settings"]["epochs"] == 1
     assert [r["sigma"] for r in sweep_rows(output_dir)] == ["0.8"]
+    for quantization in ("none", "int8"):
+        assert (run_dir / f"student_{quantization}.tflite").stat().st_size > 100_000
+    assert "LiteRT files" in result.stdout
     assert "teacher:" in result.stdout and f"{outcome['test_errors']} test errors" in result.stdout
     assert not leftovers(output_dir)
 
@@ -179,6 +182,7 @@ BAD_FLAGS = [
     (["--train_size", "50001"], "train_size"),
     (["--sigmas", "0,abc"], "sigmas"),
     (["--seeds", "1;2"], "seeds"),
+    (["--tflite", "none,int4"], "tflite"),
 ]
 
 

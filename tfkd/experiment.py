@@ -248,12 +248,29 @@ def finished_pairs(output_dir: str) -> set[tuple[float, float, int]]:
     return {(float(r["sigma"]), float(r["alpha"]), int(r["seed"])) for r in rows}
 
 
+def export_runs(base: RunConfig, sigmas: list[float], seeds: list[int], quantizations: list[str],
+                mnist: Mnist | None = None) -> list[str]:
+    """Writes `student_<quantization>.tflite` beside every finished student of the sweep (earlier calls' runs
+    included; files already newer than their `student.keras` are kept). Returns the paths."""
+    from tfkd import export  # imported here: only runs that ask for phone files need the converter
+
+    run_dirs = [Path(base.output_dir) / dataclasses.replace(base, sigma=sigma, seed=seed).run_name()
+                for seed in seeds for sigma in sigmas]
+    run_dirs = [run_dir for run_dir in run_dirs if (run_dir / "student.keras").exists()]
+    if not quantizations or not run_dirs:
+        return []
+    calibration = None
+    if "int8" in quantizations:
+        calibration = (mnist or load_mnist()).train.images[: export.CALIBRATION_SIZE]
+    return [path for run_dir in run_dirs for path in export.export_student_files(run_dir, quantizations, calibration)]
+
+
 def run_sweep(base: RunConfig, sigmas: list[float], seeds: list[int], verbose: int = 1,
-              mnist: Mnist | None = None) -> list[dict]:
+              mnist: Mnist | None = None, tflite: list[str] = ()) -> list[dict]:
     """Runs every (sigma, seed) not yet in `sweep.csv`, seed-major so that each seed's full curve lands early.
 
     Returns the results of this call (finished and failed). A failed run is written to `failures.csv` and
-    the sweep goes on.
+    the sweep goes on. `tflite` lists quantizations to export each finished student to (see `export_runs`).
     """
     for sigma in sigmas:
         dataclasses.replace(base, sigma=sigma).validate()
@@ -267,6 +284,7 @@ def run_sweep(base: RunConfig, sigmas: list[float], seeds: list[int], verbose: i
     outcomes = []
     if not todo:
         logging.info("all %d runs are already in %s", len(sigmas) * len(seeds), output_dir / "sweep.csv")
+        export_runs(base, sigmas, seeds, list(tflite), mnist)
         return outcomes
     mnist = mnist or load_mnist()
     make_deterministic(base.teacher_seed)
@@ -286,6 +304,7 @@ def run_sweep(base: RunConfig, sigmas: list[float], seeds: list[int], verbose: i
                    run_dir=str(Path(config.output_dir) / config.run_name()))
         _record_row(output_dir / "sweep.csv", SWEEP_COLUMNS, row)
         outcomes.append(row)
+    export_runs(base, sigmas, seeds, list(tflite), mnist)
     return outcomes
 
 
@@ -300,6 +319,9 @@ def summary(outcomes: list[dict], output_dir: str) -> str:
             lines.append(f"student sigma {row['sigma']:g} seed {row['seed']}: {row['test_errors']} test errors, "
                          f"{row['val_errors']} validation errors, {row['wall_seconds']:.0f} s -> {row['run_dir']}")
     lines.append(f"all finished runs: {output_dir}/sweep.csv")
+    phone_files = sorted(Path(output_dir).glob("*/student_*.tflite"))
+    if phone_files:
+        lines.append(f"LiteRT files: student_<quantization>.tflite beside each student.keras (e.g. {phone_files[0]})")
     return "\n".join(lines)
 
 
