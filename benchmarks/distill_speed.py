@@ -13,7 +13,6 @@ LeNet: its weights do not change its cost. Results: JSON (`--out`) and a markdow
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import resource
@@ -34,32 +33,46 @@ from tfkd import artifacts, data, experiment  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_boolean("quick", False, "5,000 images and 2 timed epochs: a smoke run under two minutes.")
 flags.DEFINE_string("out", "results/speed.json", "Where the JSON goes; the markdown table goes beside it (.md).")
-flags.DEFINE_integer("epochs", 3, "Timed epochs per variant (after one warm-up epoch).")
+flags.DEFINE_integer("epochs", 5, "Timed epochs per variant (after one warm-up epoch), taken in turns.")
 flags.DEFINE_integer("steps_per_execution", experiment.RunConfig().steps_per_execution,
                      "Steps per compiled call for tfkd's variants (run.py's default).")
-
-
-class EpochTimer(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.seconds = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self._start)
 
 
 def _sgd():
     return keras.optimizers.SGD(0.001, momentum=0.9)
 
 
-def _time_fit(model, dataset, epochs):
-    timer = EpochTimer()
-    model.fit(dataset, epochs=epochs + 1, verbose=0, callbacks=[timer])
-    timed = timer.seconds[1:]  # the first epoch pays for tracing
-    return {"median_s": statistics.median(timed), "epochs_s": [round(s, 3) for s in timer.seconds]}
+def _epoch_seconds(model, dataset) -> float:
+    start = time.perf_counter()
+    model.fit(dataset, epochs=1, verbose=0)
+    return time.perf_counter() - start
+
+
+def _variants(teacher, plain_data, cached_data, spe):
+    """(key, label, compiled model, dataset) for every variant, built the same way."""
+    cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    student = tfkd.models.mlp_student()
+    student.compile(_sgd(), cross_entropy, metrics=["accuracy"], steps_per_execution=spe)
+    online = tfkd.Distiller(tfkd.models.mlp_student(), teacher, sigma=0.8, seed=0)
+    online.compile(_sgd(), metrics=["accuracy"], steps_per_execution=spe)
+    cached = tfkd.Distiller(tfkd.models.mlp_student(), teacher, sigma=0.8, seed=0)
+    cached.compile(_sgd(), metrics=["accuracy"], steps_per_execution=spe)
+    variants = [
+        ("plain_student_s", "(a) plain student, cross-entropy", student, plain_data),
+        ("distiller_online_s", "(b) tfkd.Distiller, teacher every step", online, plain_data),
+        ("distiller_cached_s", "(c) tfkd.Distiller, cached logits", cached, cached_data),
+    ]
+    for key, label, kwargs in [
+        ("keras_distiller_s", "(d) keras.distillation.Distiller, defaults", {}),
+        ("keras_distiller_same_spe_s", f"(d') keras.distillation.Distiller, steps_per_execution={spe}",
+         {"steps_per_execution": spe}),
+    ]:
+        builtin = keras.distillation.Distiller(
+            teacher=teacher, student=tfkd.models.mlp_student(),
+            distillation_losses=keras.distillation.LogitsDistillation(temperature=3.0), student_loss_weight=0.5)
+        builtin.compile(_sgd(), loss=cross_entropy, metrics=["accuracy"], **kwargs)
+        variants.append((key, label, builtin, plain_data))
+    return variants
 
 
 def main(argv):
@@ -71,44 +84,28 @@ def main(argv):
     keras.utils.set_random_seed(0)
     teacher = tfkd.models.lenet_teacher()
     plain_data = data.make_dataset(train, 64, shuffle_seed=0)
-    results, rows = {}, []
-
-    def record(key, label, timing):
-        results[key] = round(timing["median_s"], 3)
-        results[key.replace("_s", "_images_per_s")] = round(len(train) / timing["median_s"], 1)
-        results.setdefault("epochs_s", {})[key] = timing["epochs_s"]
-        rows.append((label, timing["median_s"]))
-        print(f"{label}: {timing['median_s']:.2f} s/epoch", flush=True)
-
-    student = tfkd.models.mlp_student()
-    student.compile(_sgd(), keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"],
-                    steps_per_execution=spe)
-    record("plain_student_s", "(a) plain student, cross-entropy", _time_fit(student, plain_data, epochs))
-
-    online = tfkd.Distiller(tfkd.models.mlp_student(), teacher, sigma=0.8, seed=0)
-    online.compile(_sgd(), metrics=["accuracy"], steps_per_execution=spe)
-    record("distiller_online_s", "(b) tfkd.Distiller, teacher every step", _time_fit(online, plain_data, epochs))
-
     start = time.perf_counter()
     logits = tfkd.compute_teacher_logits(teacher, data.make_dataset(train, 1000))
-    results["teacher_logits_cache_s"] = round(time.perf_counter() - start, 3)
+    cache_seconds = time.perf_counter() - start
     cached_data = data.make_dataset(train, 64, shuffle_seed=0, teacher_logits=logits)
-    cached = tfkd.Distiller(tfkd.models.mlp_student(), teacher, sigma=0.8, seed=0)
-    cached.compile(_sgd(), metrics=["accuracy"], steps_per_execution=spe)
-    record("distiller_cached_s", "(c) tfkd.Distiller, cached logits", _time_fit(cached, cached_data, epochs))
-
-    for key, label, kwargs in [
-        ("keras_distiller_s", "(d) keras.distillation.Distiller, defaults", {}),
-        ("keras_distiller_same_spe_s", f"(d') keras.distillation.Distiller, steps_per_execution={spe}",
-         {"steps_per_execution": spe}),
-    ]:
-        builtin = keras.distillation.Distiller(
-            teacher=teacher, student=tfkd.models.mlp_student(),
-            distillation_losses=keras.distillation.LogitsDistillation(temperature=3.0), student_loss_weight=0.5)
-        builtin.compile(_sgd(), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                        metrics=["accuracy"], **kwargs)
-        record(key, label, _time_fit(builtin, plain_data, epochs))
-
+    variants = _variants(teacher, plain_data, cached_data, spe)
+    for _, _, model, dataset in variants:
+        _epoch_seconds(model, dataset)  # warm-up: tracing and first-touch allocations
+    # Interleaved rounds (a, b, c, d, d', a, b, ...): a slow spell of this shared machine hits every variant
+    # alike instead of whichever happened to run then.
+    seconds = {key: [] for key, _, _, _ in variants}
+    for round_index in range(epochs):
+        for key, label, model, dataset in variants:
+            seconds[key].append(_epoch_seconds(model, dataset))
+            print(f"round {round_index + 1}: {label}: {seconds[key][-1]:.2f} s", flush=True)
+    results = {"teacher_logits_cache_s": round(cache_seconds, 3), "epochs_s": {}}
+    rows = []
+    for key, label, _, _ in variants:
+        median = statistics.median(seconds[key])
+        results[key] = round(median, 3)
+        results[key.replace("_s", "_images_per_s")] = round(len(train) / median, 1)
+        results["epochs_s"][key] = [round(s, 3) for s in seconds[key]]
+        rows.append((label, median))
     results.update({
         "cached_over_plain": round(results["distiller_cached_s"] / results["plain_student_s"], 3),
         "cached_over_keras": round(results["distiller_cached_s"] / results["keras_distiller_s"], 3),
@@ -120,7 +117,8 @@ def main(argv):
         "tensorflow": tf.__version__, "keras": keras.__version__,
     })
     artifacts.write_json(FLAGS.out, results)
-    lines = [f"# Distillation speed ({len(train):,} MNIST images, batch 64, median of {epochs} epochs)", "",
+    lines = [f"# Distillation speed ({len(train):,} MNIST images, batch 64, median of {epochs} interleaved epochs)",
+             "",
              f"Command: `{results['command']}`; TF {tf.__version__}, Keras {keras.__version__}, "
              f"{results['machine']}; peak memory {results['peak_memory_mb']} MB.", "",
              "| variant | s / epoch | images / s | ratio to (a) |", "|---|---|---|---|"]
