@@ -68,6 +68,12 @@ def _global_rows(local_logits: tf.Tensor) -> tf.Tensor:
     return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, rows)
 
 
+def _multi_worker(strategy) -> bool:
+    # Keras's own test for "collectives span several workers" (`trainer._collective_all_reduce_multi_worker`).
+    return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            and strategy.extended._in_multi_worker_mode())
+
+
 def _clips(optimizer) -> bool:
     # A LossScaleOptimizer holds no clipping of its own (its inner optimizer does): it keeps Keras's behaviour.
     return bool(optimizer.clipnorm or optimizer.global_clipnorm or optimizer.clipvalue)
@@ -112,6 +118,11 @@ class Distiller(keras.Model):
 
     Data for `fit`: `(x, y)` runs the teacher every step; `({"inputs": x, "teacher_logits": z}, y)` uses cached
     logits `z` (see `compute_teacher_logits`). Labels `y` only feed the compiled metrics; they may be omitted.
+
+    Under `tf.distribute` (create and compile it inside `strategy.scope()`; `batch_size` is the global batch):
+    `T` of equation 1 is the global batch, so with `sigma = 0` a step, its loss and its metrics are those of one
+    device; with noise, each replica draws its own (so the draws, not their distribution, change with the number
+    of replicas). Keras 3.15 cannot run `steps_per_execution > 1` with several replicas: keep it at 1 there.
     """
 
     def __init__(self, student: keras.Model, teacher: keras.Model, sigma: float = 0.0,
@@ -122,7 +133,8 @@ class Distiller(keras.Model):
             raise ValueError(f"seed must be an int or None, got {seed!r}")
         if student is teacher:
             raise ValueError("student and teacher must be two different models, got the same model twice")
-        _check_same_shape(_static_shape(teacher), _static_shape(student))
+        if self._teacher_matches_student:
+            _check_same_shape(_static_shape(teacher), _static_shape(student))
         self.student = student
         self.teacher = teacher
         self.teacher.trainable = False
@@ -177,6 +189,16 @@ class Distiller(keras.Model):
         """Equation 2 on this replica's `[n, k]` teacher logits, with this step's and this replica's draws."""
         return stateless_perturb_logits(teacher_logits, self.sigma, self.alpha, self._noise_seed_pair())
 
+    # Hooks for other methods (tfkd.methods): what the student regresses, and the loss. The article's method:
+    # equation 2 targets in training, the clean logits in evaluation; equation 1 as the loss.
+    _teacher_matches_student = True
+
+    def _targets(self, teacher_logits, training):
+        return self._noisy_targets(teacher_logits) if training else teacher_logits
+
+    def _distillation_loss(self, targets, student_logits, labels, global_batch):
+        return logit_regression_loss(targets, student_logits, batch_size=global_batch)
+
     def _teacher_logits(self, inputs, cached):
         if cached is None:
             # Frozen teacher in inference mode (no dropout, fixed batch-norm statistics).
@@ -190,13 +212,13 @@ class Distiller(keras.Model):
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         global_batch = _global_rows(teacher_logits)
         # A fresh alpha-fraction of the rows gets (1 + eps) * z: the "several teachers" the method simulates.
-        targets = self._noisy_targets(teacher_logits)
+        targets = self._targets(teacher_logits, training=True)
         with tf.GradientTape() as tape:
             student_logits = self.student(inputs, training=True)
             _check_same_shape(targets.shape, student_logits.shape)
             # T in equation 1 is the global batch: `optimizer.apply` sums the replicas' gradients (Keras 3, TF
             # backend: an all-reduce SUM), so the step is the same whatever the number of replicas.
-            loss = logit_regression_loss(targets, student_logits, batch_size=global_batch)
+            loss = self._distillation_loss(targets, student_logits, y, global_batch)
             if self.student.losses:
                 loss += tf.add_n(self.student.losses) / replicas
             scaled_loss = self.optimizer.scale_loss(loss)
@@ -213,17 +235,37 @@ class Distiller(keras.Model):
         inputs, cached = split_inputs(x)
         teacher_logits = self._teacher_logits(inputs, cached)
         student_logits = self.student(inputs, training=False)
-        _check_same_shape(teacher_logits.shape, student_logits.shape)
+        targets = self._targets(teacher_logits, training=False)
+        _check_same_shape(targets.shape, student_logits.shape)
         # As in `train_step`: each replica's share of equation 1 over the global batch, so that the tracker's
         # mean over replicas, times their number, is equation 1 over the global batch.
-        loss = logit_regression_loss(teacher_logits, student_logits, batch_size=_global_rows(teacher_logits))
+        loss = self._distillation_loss(targets, student_logits, y, _global_rows(teacher_logits))
         self.loss_tracker.update_state(loss * tf.distribute.get_strategy().num_replicas_in_sync)
         return self._metric_results(x, y, student_logits, sample_weight)
 
     def _metric_results(self, x, y, student_logits, sample_weight):
         if y is None:
-            return self.get_metrics_result()
-        return self.compute_metrics(x, y, student_logits, sample_weight=sample_weight)
+            results = self.get_metrics_result()
+        else:
+            results = self.compute_metrics(x, y, student_logits, sample_weight=sample_weight)
+        if _multi_worker(tf.distribute.get_strategy()):
+            # Keras 3.15 averages a step's outputs over workers with `strategy.reduce("MEAN", v, axis=0)`, which
+            # fails on scalars (keras-team/keras#20585); a leading axis of 1 is reduced away again.
+            results = keras.tree.map_structure(lambda value: tf.expand_dims(value, 0), results)
+        return results
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras 3.15 reduces the whole first batch with one `strategy.reduce`, which MultiWorkerMirroredStrategy
+        # cannot do for a nested batch (keras-team/keras#20585). The build needs only shapes and dtypes: hand it
+        # this worker's first replica's share of the batch instead. Other strategies keep Keras's path.
+        strategy = self.distribute_strategy
+        if iterator is not None and _multi_worker(strategy):
+            for _, _, batches in iterator:
+                batch = next(batches)
+                break
+            data_batch = keras.tree.map_structure(lambda v: strategy.experimental_local_results(v)[0], batch)
+            iterator = None
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def get_config(self):
         config = super().get_config()

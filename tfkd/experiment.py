@@ -114,11 +114,12 @@ def check_output_dir(output_dir: str) -> Path:
     return path
 
 
-def load_or_train_teacher(config: RunConfig, mnist: Mnist, verbose: int = 1) -> tuple[keras.Model, dict]:
-    """The shared teacher: loaded from `teacher.keras` when it was trained with the same settings, otherwise
+def load_or_train_teacher(config: RunConfig, mnist: Mnist, verbose: int = 1,
+                          name: str = "teacher") -> tuple[keras.Model, dict]:
+    """The shared teacher: loaded from `<name>.keras` when it was trained with the same settings, otherwise
     trained (resumably) and saved. A truncated or corrupt file is reported in one line and retrained."""
     output_dir = Path(config.output_dir)
-    model_path, info_path = output_dir / "teacher.keras", output_dir / "teacher.json"
+    model_path, info_path = output_dir / f"{name}.keras", output_dir / f"{name}.json"
     settings = config.teacher_settings()
     info = artifacts.read_json(info_path)
     if info is not None and info.get("settings") == settings and model_path.exists():
@@ -133,7 +134,7 @@ def load_or_train_teacher(config: RunConfig, mnist: Mnist, verbose: int = 1) -> 
         logging.info("the teacher in %s was trained with other settings; training a new one", model_path)
     train = mnist.train.take(config.train_size)
     start = time.perf_counter()
-    work_dir = output_dir / "teacher_work"
+    work_dir = output_dir / f"{name}_work"
     teacher, best = training.train_teacher(
         train, mnist.validation, str(work_dir), epochs=config.teacher_epochs,
         learning_rate=config.teacher_learning_rate, momentum=config.teacher_momentum,
@@ -145,6 +146,9 @@ def load_or_train_teacher(config: RunConfig, mnist: Mnist, verbose: int = 1) -> 
         "test_errors": training.count_errors(teacher, mnist.test),
         "parameters": teacher.count_params(),
         "train_seconds_this_process": round(time.perf_counter() - start, 1),
+        # Every epoch's time, the ones before a kill included: the compute this teacher cost.
+        "train_seconds": round(sum(r["epoch_seconds"] for r in artifacts.read_jsonl(
+            work_dir / "teacher_metrics.jsonl")), 1),
     }
     with artifacts.atomic_path(model_path) as temporary:
         keras_path = temporary + ".keras"
@@ -159,7 +163,8 @@ def _check_run_dir(run_dir: Path, settings: dict) -> None:
     existing = artifacts.read_json(run_dir / "config.json")
     if existing is None:
         return
-    changed = {k: (existing.get(k), v) for k, v in settings.items() if existing.get(k) != v}
+    # A setting the directory's config does not mention did not exist when it was written: not a clash.
+    changed = {k: (existing[k], v) for k, v in settings.items() if k in existing and existing[k] != v}
     if changed:
         name, (old, new) = next(iter(changed.items()))
         raise ConfigError(
@@ -167,10 +172,21 @@ def _check_run_dir(run_dir: Path, settings: dict) -> None:
         )
 
 
-def distill(config: RunConfig, mnist: Mnist, teacher: keras.Model, verbose: int = 1) -> dict:
-    """Distils one student (resuming from its last finished epoch) and returns its `result.json` content."""
-    run_dir = Path(config.output_dir) / config.run_name()
-    settings = config.student_settings()
+def noisy_teacher_distiller(student: keras.Model, teacher: keras.Model, config: RunConfig) -> Distiller:
+    """The article's method: equation 2 noise on the teacher's logits, equation 1 loss."""
+    return Distiller(student, teacher, sigma=config.sigma, alpha=config.alpha, seed=config.seed)
+
+
+def distill(config: RunConfig, mnist: Mnist, teacher: keras.Model, verbose: int = 1, *,
+            run_name: str | None = None, make_distiller=noisy_teacher_distiller,
+            extra_settings: dict | None = None) -> dict:
+    """Distils one student (resuming from its last finished epoch) and returns its `result.json` content.
+
+    `make_distiller(student, teacher, config)` builds the Distiller (another method than the article's);
+    `run_name` and `extra_settings` then name its directory and record its own settings.
+    """
+    run_dir = Path(config.output_dir) / (run_name or config.run_name())
+    settings = {**config.student_settings(), **(extra_settings or {})}
     _check_run_dir(run_dir, settings)
     finished = artifacts.read_json(run_dir / "result.json")
     if finished is not None and (run_dir / "student.keras").exists():
@@ -180,7 +196,7 @@ def distill(config: RunConfig, mnist: Mnist, teacher: keras.Model, verbose: int 
     train = mnist.train.take(config.train_size)
     teacher_logits = compute_teacher_logits(teacher, make_dataset(train, 1000)) if config.cached_logits else None
     train_data = make_dataset(train, config.batch_size, shuffle_seed=config.seed, teacher_logits=teacher_logits)
-    distiller = Distiller(mlp_student(), teacher, sigma=config.sigma, alpha=config.alpha, seed=config.seed)
+    distiller = make_distiller(mlp_student(), teacher, config)
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     distiller.compile(
         optimizer=training.sgd(config.learning_rate, config.momentum, config.epochs * steps_per_epoch,
