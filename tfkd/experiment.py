@@ -207,7 +207,7 @@ def distill(config: RunConfig, mnist: Mnist, teacher: keras.Model, verbose: int 
     validation_data = make_dataset(mnist.validation, 1000)
     start = time.perf_counter()
     distiller.fit(
-        train_data, epochs=config.epochs, validation_data=validation_data, verbose=verbose,
+        train_data, epochs=config.epochs, validation_data=validation_data, verbose=verbose, shuffle=False,
         callbacks=[keras.callbacks.BackupAndRestore(str(run_dir / "backup")), training.StopOnNonFiniteLoss(),
                    training.EpochLog(str(run_dir / "metrics.jsonl"))],
     )

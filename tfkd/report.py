@@ -90,6 +90,12 @@ def _fmt(value, spec=".1f") -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
+def _improvement_cell(sigma: float, improvement: float | None) -> str:
+    if sigma == 0:
+        return "baseline"
+    return _fmt(None if improvement is None else 100 * improvement) + " %"
+
+
 def render_markdown(table, rows, teacher, command, code_version) -> str:
     missing = missing_runs(table)
     epochs = sorted({r["epochs"] for r in rows})
@@ -115,9 +121,9 @@ def render_markdown(table, rows, teacher, command, code_version) -> str:
         lines.append(
             f"| {entry['sigma']:g} | {entry['seeds']} | {_fmt(entry['mean'])} +- {_fmt(entry['std'])} | "
             f"{entry['min']}-{entry['max']} | "
-            f"{'baseline' if entry['sigma'] == 0 else _fmt(100 * entry['improvement']) + ' %'} | "
+            f"{_improvement_cell(entry['sigma'], entry['improvement'])} | "
             f"{_fmt(article, 'd')} | "
-            f"{'baseline' if entry['sigma'] == 0 else _fmt(None if article_improvement is None else 100 * article_improvement) + ' %'} | "
+            f"{_improvement_cell(entry['sigma'], article_improvement)} | "
             f"{_fmt(entry.get('mean_difference'), '+.1f')} | {_fmt(entry.get('p_value'), '.3f')} |")
     lines += ["", "![test errors against sigma](mnist_sweep.png)", ""]
     return "\n".join(lines)

@@ -126,6 +126,7 @@ def train_teacher(
         EpochLog(os.path.join(work_dir, "teacher_metrics.jsonl")),
     ]
     logging.info("training the teacher: %d epochs on %d images", epochs, len(train))
+    # The pipeline shuffles (seeded); fit's own shuffle does not apply to a tf.data.Dataset.
     teacher.fit(make_dataset(train, batch_size, shuffle_seed=seed), epochs=epochs, callbacks=callbacks,
-                verbose=verbose)
+                shuffle=False, verbose=verbose)
     return teacher, keep_best.best() or {}
