@@ -57,10 +57,13 @@ def _variants(teacher, plain_data, cached_data, spe):
     online.compile(_sgd(), metrics=["accuracy"], steps_per_execution=spe)
     cached = tfkd.Distiller(tfkd.models.mlp_student(), teacher, sigma=0.8, seed=0)
     cached.compile(_sgd(), metrics=["accuracy"], steps_per_execution=spe)
+    cached_xla = tfkd.Distiller(tfkd.models.mlp_student(), teacher, sigma=0.8, seed=0)
+    cached_xla.compile(_sgd(), metrics=["accuracy"], steps_per_execution=spe, jit_compile=True)
     variants = [
         ("plain_student_s", "(a) plain student, cross-entropy", student, plain_data),
         ("distiller_online_s", "(b) tfkd.Distiller, teacher every step", online, plain_data),
         ("distiller_cached_s", "(c) tfkd.Distiller, cached logits", cached, cached_data),
+        ("distiller_cached_xla_s", "(c') tfkd.Distiller, cached logits, XLA", cached_xla, cached_data),
     ]
     for key, label, kwargs in [
         ("keras_distiller_s", "(d) keras.distillation.Distiller, defaults", {}),
