@@ -28,7 +28,7 @@ def _import_tensorflow_quietly() -> None:
 if os.environ.get("TFKD_VERBOSE_IMPORT") != "1":
     _import_tensorflow_quietly()
 
-from tfkd import experiment, export  # noqa: E402
+from tfkd import distribute, experiment, export  # noqa: E402
 from tfkd.data import DataUnavailableError  # noqa: E402
 from tfkd.noise import validate_noise  # noqa: E402
 
@@ -48,11 +48,16 @@ flags.DEFINE_boolean("cached_logits", _DEFAULTS.cached_logits,
                      "Compute the teacher's logits once and stream them (exact; --nocached_logits runs the "
                      "teacher every step).")
 flags.DEFINE_string("output_dir", _DEFAULTS.output_dir, "Where the teacher, runs and sweep.csv go.")
+flags.DEFINE_string("strategy", "default",
+                    "How each run uses the hardware: default (one device), mirrored (every local GPU), multi_worker "
+                    "(every worker in TF_CONFIG; start the same command on each).")
+flags.DEFINE_string("shard", None, "i/n: run only shard i of n (0 <= i < n) of the (sigma, seed) pairs, to split a "
+                    "sweep across machines; merge them with python -m tfkd.report dir1 dir2 ...")
 flags.DEFINE_string("tflite", None, "Comma-separated LiteRT quantizations among none,float16,dynamic,int8: writes "
                     "student_<quantization>.tflite beside each run's student.keras (see tfkd/export.py).")
 
 
-def _config() -> tuple[experiment.RunConfig, list[float], list[int], list[str]]:
+def _config() -> tuple[experiment.RunConfig, list[float], list[int], list[str], tuple[int, int] | None]:
     try:
         sigmas = experiment.parse_float_list(FLAGS.sigmas, "sigmas") if FLAGS.sigmas is not None else [FLAGS.sigma]
         seeds = experiment.parse_int_list(FLAGS.seeds, "seeds") if FLAGS.seeds is not None else [FLAGS.seed]
@@ -67,18 +72,31 @@ def _config() -> tuple[experiment.RunConfig, list[float], list[int], list[str]]:
         try:
             quantizations = export.parse_quantizations(FLAGS.tflite) if FLAGS.tflite is not None else []
         except ValueError as error:
-            raise ValueError(f"--tflite: {error}") from None
+            raise ValueError(f"--tflite={FLAGS.tflite!r}: {error}") from None
+        shard = distribute.parse_shard(FLAGS.shard) if FLAGS.shard is not None else None
+        if FLAGS.strategy not in distribute.STRATEGIES:
+            raise ValueError(f"--strategy must be one of {', '.join(distribute.STRATEGIES)}, got {FLAGS.strategy!r}")
     except ValueError as error:
         raise experiment.ConfigError(str(error)) from None
-    return config, sigmas, seeds, quantizations
+    return config, sigmas, seeds, quantizations, shard
+
+
+def _strategy():
+    # Before anything else runs on TensorFlow: MultiWorkerMirroredStrategy must be created first.
+    try:
+        return distribute.make_strategy(FLAGS.strategy)
+    except ValueError as error:  # a malformed TF_CONFIG
+        raise experiment.ConfigError(str(error)) from None
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
-        config, sigmas, seeds, quantizations = _config()
-        outcomes = experiment.run_sweep(config, sigmas, seeds, tflite=quantizations)
+        config, sigmas, seeds, quantizations, shard = _config()
+        strategy = _strategy()
+        outcomes = experiment.run_sweep(config, sigmas, seeds, tflite=quantizations, strategy=strategy,
+                                        shard=shard)
     except (experiment.ConfigError, DataUnavailableError) as error:
         # Bad input: one line that names the value, no traceback; finished runs stay on disk.
         print(f"run.py: error: {error}", file=sys.stderr)

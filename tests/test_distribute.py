@@ -2,18 +2,20 @@
 MultiWorkerMirroredStrategy), the noise per replica, sweep shards and merging their sweep.csv files."""
 
 import json
+import logging
 import os
 import random
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from tfkd import artifacts
-from tfkd.distribute import STRATEGIES, make_strategy, merge_sweeps, parse_shard, shard_pairs
+from tfkd.distribute import STRATEGIES, is_chief, make_strategy, merge_sweeps, parse_shard, shard_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKS = Path(__file__).with_name("distribute_checks.py")
@@ -45,6 +47,7 @@ def _assert_same_run(one_device: dict, distributed: dict) -> None:
     np.testing.assert_allclose(distributed["accuracy"], one_device["accuracy"], rtol=1e-6)
     assert distributed["eval_loss"] == pytest.approx(one_device["eval_loss"], rel=1e-5)
     assert distributed["eval_accuracy"] == pytest.approx(one_device["eval_accuracy"], rel=1e-6)
+    assert len(distributed["weights"]) == len(one_device["weights"]) == 4
     for a, b in zip(distributed["weights"], one_device["weights"]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
@@ -164,21 +167,40 @@ def test_make_strategy_rejects_malformed_tf_config(monkeypatch, tf_config, messa
         make_strategy("multi_worker")
 
 
+def _cluster(task_type, task_id, jobs):
+    spec = SimpleNamespace(as_dict=lambda: {job: ["host:1"] for job in jobs})
+    return SimpleNamespace(cluster_resolver=SimpleNamespace(task_type=task_type, task_id=task_id,
+                                                            cluster_spec=lambda: spec))
+
+
+@pytest.mark.parametrize("task_type, task_id, jobs, chief", [
+    (None, None, [], True), ("worker", 0, ["worker"], True), ("worker", 1, ["worker"], False),
+    ("chief", 0, ["chief", "worker"], True), ("worker", 0, ["chief", "worker"], False)])
+def test_is_chief_follows_tf_config_roles(task_type, task_id, jobs, chief):
+    assert is_chief(_cluster(task_type, task_id, jobs)) is chief
+
+
+def test_is_chief_without_a_cluster():
+    assert is_chief(make_strategy("default"))
+
+
 def _sweep(path: Path, rows: list[tuple]) -> Path:
     columns = ["sigma", "alpha", "seed", "test_errors", "run_dir"]
     artifacts.write_csv(path, [dict(zip(columns, row)) for row in rows], columns)
     return path
 
 
-def test_merge_sweeps_deduplicates_by_sigma_alpha_seed(tmp_path):
+def test_merge_sweeps_deduplicates_by_sigma_alpha_seed(tmp_path, caplog):
     first = _sweep(tmp_path / "a" / "sweep.csv", [(0.8, 0.15, 0, 90, "a/x"), (0.0, 0.15, 0, 97, "a/y")])
     second = _sweep(tmp_path / "b" / "sweep.csv", [("0.80", "0.150", 0, 88, "b/x"), (0.8, 0.15, 1, 86, "b/z"),
                                                     (0.8, 0.3, 0, 85, "b/w")])
-    rows = merge_sweeps([first, tmp_path / "b"])  # a file, and a directory holding one
+    with caplog.at_level(logging.WARNING):
+        rows = merge_sweeps([first, tmp_path / "b"])  # a file, and a directory holding one
     keys = [(float(r["sigma"]), float(r["alpha"]), int(r["seed"])) for r in rows]
     assert keys == [(0.0, 0.15, 0), (0.8, 0.15, 0), (0.8, 0.15, 1), (0.8, 0.3, 0)]
     # The later file wins, as a rerun replaces its row in sweep.csv.
     assert rows[1]["test_errors"] == "88" and rows[1]["run_dir"] == "b/x"
+    assert "90 test errors" in caplog.text and "88 in" in caplog.text  # the disagreement is reported
     assert merge_sweeps([first]) == sorted(artifacts.read_csv(first), key=lambda r: float(r["sigma"]))
 
 

@@ -183,6 +183,8 @@ BAD_FLAGS = [
     (["--sigmas", "0,abc"], "sigmas"),
     (["--seeds", "1;2"], "seeds"),
     (["--tflite", "none,int4"], "tflite"),
+    (["--shard", "3/3"], "shard"),
+    (["--strategy", "tpu"], "strategy"),
 ]
 
 

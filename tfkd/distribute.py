@@ -3,7 +3,8 @@
 Two ways to use more hardware, for two different needs:
   - one run on several GPUs or machines (data parallel): `make_strategy("mirrored")` or `"multi_worker"`, then
     build and compile the `Distiller` inside `strategy.scope()`. The Distiller keeps equation 1 over the global
-    batch, so a run gives the same numbers whatever the number of replicas (see `tfkd.distiller`).
+    batch, so each step is the one a single device takes on the same batch; with noise, each replica draws its
+    own (see `tfkd.distiller`).
   - many independent runs (a sigma x seed sweep): `--shard i/n` on machine `i` of `n` runs a fixed 1/n of the
     (sigma, seed) pairs (`shard_pairs`), and `merge_sweeps` joins the machines' `sweep.csv` files for the report.
 For the article's small models the second scales far better: it needs no communication at all.
@@ -57,6 +58,9 @@ def make_strategy(name: str, devices: list[str] | None = None) -> tf.distribute.
       devices: for `"mirrored"` only, the devices to mirror on, e.g. `["/cpu:0", "/cpu:1"]`.
 
     `"multi_worker"` must be created when the program starts, before TensorFlow runs any op (TensorFlow's rule).
+    Create one strategy per process and reuse it: a second MirroredStrategy in the same process can mismatch
+    the first one's collective ops. Keras 3.15 cannot `fit` a plain Keras model on several workers
+    (keras-team/keras#20585; the Distiller works around it): train teachers outside a multi-worker strategy.
 
     Raises:
       ValueError: an unknown `name`, `devices` given for another strategy, or a malformed `TF_CONFIG`.

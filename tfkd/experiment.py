@@ -22,7 +22,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from tfkd import artifacts, training
+from tfkd import artifacts, distribute, training
 from tfkd.data import TRAIN_SIZE, Mnist, load_mnist, make_dataset
 from tfkd.distiller import Distiller, compute_teacher_logits
 from tfkd.models import mlp_student
@@ -179,8 +179,11 @@ def noisy_teacher_distiller(student: keras.Model, teacher: keras.Model, config: 
 
 def distill(config: RunConfig, mnist: Mnist, teacher: keras.Model, verbose: int = 1, *,
             run_name: str | None = None, make_distiller=noisy_teacher_distiller,
-            extra_settings: dict | None = None) -> dict:
+            extra_settings: dict | None = None, strategy: tf.distribute.Strategy | None = None) -> dict:
     """Distils one student (resuming from its last finished epoch) and returns its `result.json` content.
+
+    `strategy` (default: none) spreads each step over its replicas; `batch_size` stays the global batch, and
+    the Distiller keeps equation 1 over it, so each step is the one a single device takes on the same batch.
 
     `make_distiller(student, teacher, config)` builds the Distiller (another method than the article's);
     `run_name` and `extra_settings` then name its directory and record its own settings.
@@ -196,14 +199,19 @@ def distill(config: RunConfig, mnist: Mnist, teacher: keras.Model, verbose: int 
     train = mnist.train.take(config.train_size)
     teacher_logits = compute_teacher_logits(teacher, make_dataset(train, 1000)) if config.cached_logits else None
     train_data = make_dataset(train, config.batch_size, shuffle_seed=config.seed, teacher_logits=teacher_logits)
-    distiller = make_distiller(mlp_student(), teacher, config)
+    strategy = strategy or tf.distribute.get_strategy()
+    replicas = strategy.num_replicas_in_sync
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
-    distiller.compile(
-        optimizer=training.sgd(config.learning_rate, config.momentum, config.epochs * steps_per_epoch,
-                               config.clipnorm),
-        metrics=["accuracy"],
-        # Several steps per call to the compiled function cut Python overhead for these small models.
-        steps_per_execution=min(config.steps_per_execution, steps_per_epoch))
+    # The student's, the optimizer's and the metrics' variables must be created in the strategy's scope.
+    with strategy.scope():
+        distiller = make_distiller(mlp_student(), teacher, config)
+        distiller.compile(
+            optimizer=training.sgd(config.learning_rate, config.momentum, config.epochs * steps_per_epoch,
+                                   config.clipnorm),
+            metrics=["accuracy"],
+            # Several steps per call to the compiled function cut Python overhead for these small models;
+            # Keras 3.15 fails with more than one step per call on several replicas.
+            steps_per_execution=1 if replicas > 1 else min(config.steps_per_execution, steps_per_epoch))
     validation_data = make_dataset(mnist.validation, 1000)
     start = time.perf_counter()
     distiller.fit(
@@ -222,6 +230,8 @@ def distill(config: RunConfig, mnist: Mnist, teacher: keras.Model, verbose: int 
         # Summed over epoch rows so that a resumed run counts the time of the epochs it kept.
         "wall_seconds": round(sum(r["epoch_seconds"] for r in epoch_rows) if epoch_rows else wall_seconds, 2),
         "train_size": len(train), "student_parameters": student.count_params(),
+        # With sigma > 0 the noise draws depend on the number of replicas (each draws its own).
+        "replicas": replicas,
     }
     with artifacts.atomic_path(run_dir / "student.keras") as temporary:
         student.save(temporary + ".keras")
@@ -282,34 +292,51 @@ def export_runs(base: RunConfig, sigmas: list[float], seeds: list[int], quantiza
 
 
 def run_sweep(base: RunConfig, sigmas: list[float], seeds: list[int], verbose: int = 1,
-              mnist: Mnist | None = None, tflite: list[str] = ()) -> list[dict]:
+              mnist: Mnist | None = None, tflite: list[str] = (), strategy: tf.distribute.Strategy | None = None,
+              shard: tuple[int, int] | None = None) -> list[dict]:
     """Runs every (sigma, seed) not yet in `sweep.csv`, seed-major so that each seed's full curve lands early.
 
     Returns the results of this call (finished and failed). A failed run is written to `failures.csv` and
     the sweep goes on. `tflite` lists quantizations to export each finished student to (see `export_runs`).
+    `strategy` spreads every run over its replicas (`tfkd.distribute.make_strategy`); `shard` `(i, n)` keeps
+    only shard `i` of `n` of the (sigma, seed) pairs, for machines that split a sweep between them.
     """
     for sigma in sigmas:
         dataclasses.replace(base, sigma=sigma).validate()
+    strategy = strategy or tf.distribute.get_strategy()
+    if not distribute.is_chief(strategy):
+        # Every worker of a multi-worker run takes every step, but only the chief's files are results. The
+        # others write the same layout beside it, so that their view of finished runs matches the chief's.
+        resolver = strategy.cluster_resolver
+        base = dataclasses.replace(base, output_dir=f"{base.output_dir}.{resolver.task_type}{resolver.task_id}")
     output_dir = check_output_dir(base.output_dir)
     for path in artifacts.remove_stale_temporaries(output_dir):
         logging.info("removed %s, left by an interrupted write", path)
     artifacts.write_json(output_dir / "sweep_config.json",
-                         {"base": dataclasses.asdict(base), "sigmas": sigmas, "seeds": seeds})
+                         {"base": dataclasses.asdict(base), "sigmas": sigmas, "seeds": seeds,
+                          "shard": None if shard is None else list(shard),
+                          "replicas": strategy.num_replicas_in_sync})
+    pairs = [(sigma, seed) for seed in seeds for sigma in sigmas]
+    if shard is not None:
+        # Shard the whole grid, then skip finished runs: a shard owns the same pairs however far it got.
+        pairs = distribute.shard_pairs(pairs, shard)
     done = finished_pairs(base.output_dir)
-    todo = [(sigma, seed) for seed in seeds for sigma in sigmas if (sigma, base.alpha, seed) not in done]
+    todo = [(sigma, seed) for sigma, seed in pairs if (sigma, base.alpha, seed) not in done]
     outcomes = []
     if not todo:
-        logging.info("all %d runs are already in %s", len(sigmas) * len(seeds), output_dir / "sweep.csv")
+        logging.info("all %d runs are already in %s", len(pairs), output_dir / "sweep.csv")
         export_runs(base, sigmas, seeds, list(tflite), mnist)
         return outcomes
     mnist = mnist or load_mnist()
     make_deterministic(base.teacher_seed)
+    # Outside the strategy: the teacher trains on one device (Keras 3.15 cannot fit a plain model on several
+    # workers, keras-team/keras#20585); with cached logits it only runs `predict` once per run anyway.
     teacher, teacher_info = load_or_train_teacher(base, mnist, verbose=verbose)
     for sigma, seed in todo:
         config = dataclasses.replace(base, sigma=sigma, seed=seed)
         logging.info("run %s", config.run_name())
         try:
-            result = distill(config, mnist, teacher, verbose=verbose)
+            result = distill(config, mnist, teacher, verbose=verbose, strategy=strategy)
         except training.NonFiniteLossError as error:
             logging.error("run %s failed: %s", config.run_name(), error)
             failure = {"sigma": sigma, "alpha": base.alpha, "seed": seed, "error": str(error)}

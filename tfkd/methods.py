@@ -92,7 +92,8 @@ class SoftTargetDistiller(Distiller):
         # The mean over the replica's rows, scaled to its share of the global batch, like equation 1's T.
         rows = tf.cast(tf.shape(student_logits)[0], tf.float32)
         loss = soft_target_loss(targets, student_logits, self.temperature, labels, self.hard_weight)
-        return loss * rows / tf.cast(global_batch, tf.float32)
+        # multiply_no_nan: a replica given no rows of a short last batch has a NaN mean but no share.
+        return tf.math.multiply_no_nan(loss, rows / tf.cast(global_batch, tf.float32))
 
     def get_config(self):
         config = super().get_config()
