@@ -240,24 +240,25 @@ def distill(config: RunConfig, mnist: Mnist, teacher: keras.Model, verbose: int 
     return result
 
 
-def parse_float_list(text: str, flag: str) -> list[float]:
+def parse_list(text: str, flag: str, kind=float) -> list:
+    """`"0,0.4,0.8"` -> `[0.0, 0.4, 0.8]` (`kind` float or int); ValueError naming `--flag` and the text."""
     try:
-        values = [float(item) for item in text.split(",") if item.strip()]
+        values = [kind(item) for item in text.split(",") if item.strip()]
     except ValueError:
         values = []
     if not values:
-        raise ValueError(f"--{flag} must be a comma-separated list of numbers like 0,0.4,0.8, got {text!r}")
+        example = "0,0.4,0.8" if kind is float else "0,1,2"
+        noun = "numbers" if kind is float else "integers"
+        raise ValueError(f"--{flag} must be a comma-separated list of {noun} like {example}, got {text!r}")
     return values
+
+
+def parse_float_list(text: str, flag: str) -> list[float]:
+    return parse_list(text, flag, float)
 
 
 def parse_int_list(text: str, flag: str) -> list[int]:
-    try:
-        values = [int(item) for item in text.split(",") if item.strip()]
-    except ValueError:
-        values = []
-    if not values:
-        raise ValueError(f"--{flag} must be a comma-separated list of integers like 0,1,2, got {text!r}")
-    return values
+    return parse_list(text, flag, int)
 
 
 def _record_row(path: Path, columns: list[str], row: dict, key_columns=("sigma", "alpha", "seed")) -> None:
